@@ -1,0 +1,11 @@
+"""Shared test fixtures: every test sees the BH models registered in timm."""
+
+import bh_models  # noqa: F401  (registers the models)
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
