@@ -19,3 +19,23 @@ def bh_resnet50(pretrained: bool = False, **kwargs):
         **kwargs: Passed to ``timm.create_model``.
     """
     return _create_model('bh_resnet50', pretrained=pretrained, **kwargs)
+
+
+def bh_hrnet_w18(pretrained: bool = False, **kwargs):
+    """BH-HRNet18 (reconstructed layout, see ``bh-models design hrnet``): BH stem, widths 18/36/72/144.
+
+    Args:
+        pretrained: Load the weights of the default tag (or the one named by ``pretrained_cfg='tag'``).
+        **kwargs: Passed to ``timm.create_model`` (``features_only``, ``feature_location``, ``out_indices``, ...).
+    """
+    return _create_model('bh_hrnet_w18', pretrained=pretrained, **kwargs)
+
+
+def bh_hrnet_w32(pretrained: bool = False, **kwargs):
+    """BH-HRNet32 (reconstructed layout, see ``bh-models design hrnet``): BH stem, widths 32/64/128/256.
+
+    Args:
+        pretrained: Load the weights of the default tag (or the one named by ``pretrained_cfg='tag'``).
+        **kwargs: Passed to ``timm.create_model`` (``features_only``, ``feature_location``, ``out_indices``, ...).
+    """
+    return _create_model('bh_hrnet_w32', pretrained=pretrained, **kwargs)

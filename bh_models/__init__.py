@@ -4,10 +4,17 @@
 ``timm.create_model('bh_resnet50')`` and ``timm.list_models('bh_*')`` work as for timm's own models.
 """
 
-from . import resnet  # noqa: F401  (registers the BH-ResNets in timm)
 from .factory import create_model, list_models
-from .resnet import BHResNet
+from .hrnet import BHHighResolutionNet, BHHighResolutionNetFeatures  # registers the BH-HRNets in timm
+from .resnet import BHResNet  # registers the BH-ResNets in timm
 
 __version__ = '0.1.0'
 
-__all__ = ['BHResNet', 'create_model', 'list_models', '__version__']
+__all__ = [
+    'BHHighResolutionNet',
+    'BHHighResolutionNetFeatures',
+    'BHResNet',
+    'create_model',
+    'list_models',
+    '__version__',
+]

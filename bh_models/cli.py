@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 # sub-command -> (module with a ``main(argv) -> int``, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    'benchmark': ('benchmarks.paper_table', 'params and GFLOPs at 640x512 against the paper\'s Table 4'),
+    'benchmark': ('benchmarks.paper_table', "params and GFLOPs at 640x512 against the paper's Table 4"),
+    'design': ('bh_models.design', 'reconstruct the BH-HRNet layouts against Table 4 (`design hrnet`)'),
     'list': ('bh_models.cli', 'list the registered BH models'),
 }
 

@@ -13,7 +13,7 @@ from .freezing import FreezableStagesMixin
 def describe_levels(feature_info: Sequence[dict]) -> str:
     """One line per feature level: index, module, channels and stride."""
     return '; '.join(
-        f"{i}={info['module']} ({info['num_chs']} ch, stride {info['reduction']})"
+        f'{i}={info["module"]} ({info["num_chs"]} ch, stride {info["reduction"]})'
         for i, info in enumerate(feature_info)
     )
 

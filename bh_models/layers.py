@@ -41,7 +41,7 @@ class GuardedConv2d(nn.Conv2d):
             raise ValueError(
                 f'{self.network_name} was built for {self.in_channels}-channel input but got {channels} channels '
                 f'(input shape {tuple(x.shape)}); create it with in_chans={channels}, e.g. '
-                f"timm.create_model(name, in_chans={channels})."
+                f'timm.create_model(name, in_chans={channels}).'
             )
         if height < self.min_input_size or width < self.min_input_size:
             raise ValueError(

@@ -73,8 +73,14 @@ class BHResNet(FreezableStagesMixin, ResNet):
         dd = dict(device=self.bn1.weight.device, dtype=self.bn1.weight.dtype)
         inplanes = self.bn1.num_features
         self.conv1 = GuardedConv2d(
-            self.in_chans, inplanes, stem_kernel_size, stride=stem_stride, padding=stem_kernel_size // 2,
-            bias=False, min_input_size=self.feature_info[-1]['reduction'], **dd,
+            self.in_chans,
+            inplanes,
+            stem_kernel_size,
+            stride=stem_stride,
+            padding=stem_kernel_size // 2,
+            bias=False,
+            min_input_size=self.feature_info[-1]['reduction'],
+            **dd,
         )
         nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
         first = self.layer1[0]
@@ -134,10 +140,19 @@ class BHResNet(FreezableStagesMixin, ResNet):
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2303.11267', 'paper_name': 'Rethinking the Backbone Architecture for Tiny Object Detection',
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1',
+        'classifier': 'fc',
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2303.11267',
+        'paper_name': 'Rethinking the Backbone Architecture for Tiny Object Detection',
         **kwargs,
     }
 

@@ -1,8 +1,9 @@
 """Shared test fixtures: every test sees the BH models registered in timm."""
 
-import bh_models  # noqa: F401  (registers the models)
 import pytest
 import torch
+
+import bh_models  # noqa: F401  (registers the models)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,9 @@ import torch
 from torch import nn
 
 MODELS = timm.list_models('bh_*')
+# HRNet's fuse layers up-sample by exact powers of two, so (as timm's hrnet_w*) they need sides that are multiples
+# of 32; they refuse other sizes with a clear error instead of a shape mismatch deep inside.
+ALIGNED_INPUT_ONLY = {name for name in MODELS if name.startswith('bh_hrnet')}
 SMALL = (2, 3, 96, 128)  # N, C, H, W: small enough for 2 CPU cores, not square, multiple of 32
 
 
@@ -62,8 +65,13 @@ def test_num_classes_in_chans_global_pool(name):
 @pytest.mark.parametrize('hw', [(512, 640), (375, 500)], ids=['640x512', '500x375'])
 def test_features_only_shapes_match_feature_info(name, hw):
     model = timm.create_model(name, features_only=True).eval()
+    x = torch.randn(1, 3, *hw)
+    if name in ALIGNED_INPUT_ONLY and any(side % 32 for side in hw):
+        with pytest.raises(ValueError, match=r'does not split into the HRNet branches.*multiples of 32'):
+            model(x)
+        return
     with torch.no_grad():
-        feats = model(torch.randn(1, 3, *hw))
+        feats = model(x)
     info = model.feature_info
     assert [f.shape[1] for f in feats] == info.channels()
     assert info.reduction()[:2] == [2, 4], 'tiny objects need the stride-2 and stride-4 levels'
@@ -77,10 +85,7 @@ def test_out_indices(name, out_indices):
     full = timm.create_model(name, features_only=True)
     model = timm.create_model(name, features_only=True, out_indices=out_indices).eval()
     n = len(full.feature_info.channels())
-    if isinstance(out_indices, int):
-        expected = list(range(n - out_indices, n))
-    else:
-        expected = [i % n for i in out_indices]
+    expected = list(range(n - out_indices, n)) if isinstance(out_indices, int) else [i % n for i in out_indices]
     assert model.feature_info.out_indices == tuple(expected)
     assert model.feature_info.channels() == [full.feature_info.channels()[i] for i in expected]
     feats = model(torch.randn(1, 3, 64, 96))
@@ -229,7 +234,7 @@ def test_unknown_tag_and_missing_weights():
 def test_unknown_model_lists_choices():
     import bh_models
 
-    with pytest.raises(ValueError, match=r"unknown model 'bh_resnet5'\. Did you mean bh_resnet50\?"):
+    with pytest.raises(ValueError, match=r"unknown model 'bh_resnet5'\. Did you mean bh_resnet50\b.*BH models: "):
         bh_models.create_model('bh_resnet5')
 
 
@@ -242,3 +247,27 @@ def test_registry_refuses_to_overwrite_a_timm_model():
     with pytest.raises(RuntimeError, match=r"cannot register 'resnet50': timm already has a model"):
         register_bh_model(resnet50)
     assert timm.create_model('resnet50').__class__.__name__ == 'ResNet'
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_pretrained_from_a_local_safetensors_file(name, tmp_path):
+    """``pretrained_cfg_overlay=dict(file=...)`` goes through timm's own loader, classifier and features alike."""
+    from safetensors.torch import save_file
+
+    source = timm.create_model(name).eval()
+    path = tmp_path / 'weights.safetensors'
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    features = timm.create_model(name, pretrained=True, features_only=True, pretrained_cfg_overlay=dict(file=str(path)))
+    expected_features = _features_model_like(name, source)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+        for got, expected in zip(features.eval()(x), expected_features(x), strict=True):
+            torch.testing.assert_close(got, expected)
+
+
+def test_output_stride_dilates_the_last_stages():
+    model = timm.create_model('bh_resnet50', features_only=True, output_stride=16).eval()
+    assert model.feature_info.reduction() == [2, 4, 8, 16, 16]
+    assert model(torch.randn(1, 3, 64, 64))[-1].shape[-2:] == (4, 4)
