@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, register_model
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._registry import get_arch_pretrained_cfgs, is_model, model_entrypoint, split_model_name_tag
@@ -15,6 +16,31 @@ from .layers import GuardedConv2d
 
 ModelT = TypeVar('ModelT', bound=nn.Module)
 _WEIGHT_SOURCES = ('url', 'file', 'hf_hub_id', 'state_dict')
+
+
+def bh_pretrained_cfg(classifier: str, **kwargs: Any) -> dict[str, Any]:
+    """The untagged timm ``pretrained_cfg`` every BH model starts from (no weights; ImageNet preprocessing).
+
+    Args:
+        classifier: Name of the model's classifier module (``'fc'``, ``'classifier'``).
+        **kwargs: Fields to override or add.
+    """
+    return {
+        'url': '',
+        'num_classes': 1000,
+        'input_size': (3, 224, 224),
+        'pool_size': (7, 7),
+        'crop_pct': 0.875,
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1',
+        'classifier': classifier,
+        'license': 'apache-2.0',
+        'paper_ids': 'arXiv:2303.11267',
+        'paper_name': 'Rethinking the Backbone Architecture for Tiny Object Detection',
+        **kwargs,
+    }
 
 
 def register_bh_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

@@ -52,6 +52,7 @@ __all__ = [
     'Complexity',
     'build_for_scope',
     'count_flops',
+    'count_flops_for_input',
     'count_params',
     'describe_device',
     'measure',
@@ -217,27 +218,32 @@ def _subclass_hooks(model: nn.Module) -> dict[type, Callable]:
     return hooks
 
 
-def count_flops(model: nn.Module, input_size_hw: Sequence[int] = INPUT_SIZE_HW) -> int:
-    """FLOPs (MMCV 1.x / ptflops MAC convention, see the module docstring) for one RGB image, on the model's device.
+def count_flops_for_input(model: nn.Module, input_res: Sequence[int]) -> int:
+    """FLOPs (MMCV 1.x / ptflops MAC convention, see the module docstring) for one zero input of shape ``input_res``.
+
+    The one place this package calls ptflops. The input is made on the model's device and dtype (a model without
+    parameters gets a CPU float tensor).
 
     Args:
-        model: The module to count, e.g. from ``build_for_scope``; it is put in eval mode.
-        input_size_hw: Image height and width.
+        model: The module to count; it is put in eval mode.
+        input_res: Shape of one input without the batch dimension, e.g. ``(3, 512, 640)``.
 
     Raises:
         RuntimeError: When ptflops could not run the model (it prints the traceback and returns None).
     """
-    param = next(model.parameters())
-    height, width = (int(v) for v in input_size_hw)
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device('cpu')
+    dtype = param.dtype if param is not None else torch.float32
 
     def zeros(res: tuple[int, ...]) -> torch.Tensor:
         # zeros rather than ptflops' uninitialised memory: same counts, no NaN/denormal slow paths on CPU
-        return torch.zeros((1, *res), dtype=param.dtype, device=param.device)
+        return torch.zeros((1, *res), dtype=dtype, device=device)
 
+    model.eval()
     with torch.inference_mode():
         flops, _ = ptflops.get_model_complexity_info(
             model,
-            (3, height, width),
+            tuple(int(v) for v in input_res),
             as_strings=False,
             print_per_layer_stat=False,
             input_constructor=zeros,
@@ -246,8 +252,19 @@ def count_flops(model: nn.Module, input_size_hw: Sequence[int] = INPUT_SIZE_HW) 
             backend_specific_config={'count_functional': False},
         )
     if flops is None:
-        raise RuntimeError(f'ptflops could not count {type(model).__name__} at {height}x{width}; see the trace above.')
+        raise RuntimeError(f'ptflops could not count {type(model).__name__} for input {tuple(input_res)}.')
     return int(flops)
+
+
+def count_flops(model: nn.Module, input_size_hw: Sequence[int] = INPUT_SIZE_HW) -> int:
+    """FLOPs (MMCV 1.x / ptflops MAC convention, see the module docstring) for one RGB image of ``input_size_hw``.
+
+    Args:
+        model: The module to count, e.g. from ``build_for_scope``; it is put in eval mode.
+        input_size_hw: Image height and width.
+    """
+    height, width = (int(v) for v in input_size_hw)
+    return count_flops_for_input(model, (3, height, width))
 
 
 @dataclass(frozen=True)

@@ -40,13 +40,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from ptflops import get_model_complexity_info
-from ptflops.pytorch_ops import conv_flops_counter_hook
 from timm.models.hrnet import HighResolutionNet, cfg_cls
 from torch import nn
 
-from .hrnet import BH_HRNET_CFGS, BHHighResolutionNetFeatures, bh_hrnet_cfg
-from .layers import GuardedConv2d
+from .complexity import count_flops_for_input
+from .hrnet import BH_HRNET_CFGS, BHHighResolutionNetFeatures, bh_hrnet_cfg, next_branches
 from .paper import INPUT_SIZE_HW, TABLE4, Table4Row
 
 __all__ = [
@@ -134,24 +132,6 @@ def layout_from_cfg(cfg: dict) -> Layout:
 # --- counting -------------------------------------------------------------------------------------------------
 
 
-def _count_flops(model: nn.Module, input_res: tuple[int, ...]) -> int:
-    """ptflops (pytorch backend, no functional ops: MMCV 1.x's convention) for one input of shape ``input_res``."""
-    model.eval()
-    with torch.no_grad():
-        flops, _ = get_model_complexity_info(
-            model,
-            input_res,
-            print_per_layer_stat=False,
-            as_strings=False,
-            custom_modules_hooks={GuardedConv2d: conv_flops_counter_hook},  # ptflops matches exact types
-            backend='pytorch',
-            backend_specific_config={'count_functional': False},
-        )
-    if flops is None:
-        raise RuntimeError(f'ptflops could not count {type(model).__name__}')
-    return int(flops)
-
-
 def _num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -178,11 +158,7 @@ class _Probe(nn.Module):
 
 
 def _cost(module: nn.Module, shapes: Sequence, apply: Callable | None = None) -> tuple[int, int]:
-    return _num_params(module), _count_flops(_Probe(module, shapes, apply), (1,))
-
-
-def _transition(transition: nn.ModuleList, yl: list[torch.Tensor]) -> list[torch.Tensor]:
-    return [yl[i] if isinstance(t, nn.Identity) else t(yl[-1]) for i, t in enumerate(transition)]
+    return _num_params(module), count_flops_for_input(_Probe(module, shapes, apply), (1,))
 
 
 def count_trunk(model: nn.Module, input_hw: tuple[int, int] = INPUT_SIZE_HW) -> tuple[int, int]:
@@ -190,7 +166,7 @@ def count_trunk(model: nn.Module, input_hw: tuple[int, int] = INPUT_SIZE_HW) -> 
     ``feature_location=''`` (timm's or ours), so it holds exactly the stem, layer1, transitions and stages."""
     if getattr(model, 'incre_modules', None) is not None:
         raise ValueError("count the trunk on a features_only model built with feature_location=''")
-    return _num_params(model), _count_flops(model, (3, *input_hw))
+    return _num_params(model), count_flops_for_input(model, (3, *input_hw))
 
 
 @dataclass
@@ -225,9 +201,9 @@ class CostModel:
             'stem': _cost(stem, (3, h, w)),
             'layer1_first': _cost(net.layer1[0], (64, h // 4, w // 4)),
             'layer1_next': _cost(net.layer1[1], (256, h // 4, w // 4)),
-            'transition1': _cost(net.transition1, [(256, h // 4, w // 4)], _transition),
-            'transition2': _cost(net.transition2, shapes[:2], _transition),
-            'transition3': _cost(net.transition3, shapes[:3], _transition),
+            'transition1': _cost(net.transition1, [(256, h // 4, w // 4)], next_branches),
+            'transition2': _cost(net.transition2, shapes[:2], next_branches),
+            'transition3': _cost(net.transition3, shapes[:3], next_branches),
         }
         for i in range(4):
             parts[f'block{i}'] = _cost(net.stage4[0].branches[i][0], shapes[i])

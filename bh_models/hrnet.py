@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models._builder import pretrained_cfg_for_features
 from timm.models._features import FeatureInfo, feature_take_indices
@@ -31,7 +30,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.hrnet import HighResolutionNet
 from torch import nn
 
-from .builder import build_bh_model, register_bh_model
+from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .features import check_out_indices
 from .freezing import FreezableStagesMixin
 from .layers import GuardedConv2d
@@ -96,7 +95,8 @@ BH_HRNET_CFGS: dict[str, dict[str, Any]] = {
 _MIN_INPUT_SIZE = 32  # total stride
 
 
-def _next_branches(transition: nn.ModuleList, yl: list[torch.Tensor]) -> list[torch.Tensor]:
+def next_branches(transition: nn.ModuleList, yl: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The inputs of the next stage from a transition and the previous stage's outputs."""
     # timm's rule: a kept branch passes through, a new (or re-projected) one comes from the lowest-resolution output
     return [yl[i] if isinstance(t, nn.Identity) else t(yl[-1]) for i, t in enumerate(transition)]
 
@@ -209,7 +209,7 @@ class BHHighResolutionNet(FreezableStagesMixin, HighResolutionNet):
             (self.transition2, self.stage3),
             (self.transition3, self.stage4),
         ):
-            yl = _checkpoint_stage(stage, _next_branches(transition, yl))
+            yl = _checkpoint_stage(stage, next_branches(transition, yl))
         return yl
 
     def forward_features(self, x: torch.Tensor):
@@ -365,17 +365,7 @@ class BHHighResolutionNetFeatures(BHHighResolutionNet):
         return out
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'classifier', 'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2303.11267', 'paper_name': 'Rethinking the Backbone Architecture for Tiny Object Detection',
-        **kwargs,
-    }  # fmt: skip
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in BH_HRNET_CFGS})
+default_cfgs = generate_default_cfgs({name: bh_pretrained_cfg('classifier') for name in BH_HRNET_CFGS})
 
 
 def _feature_cls_from(kwargs: dict[str, Any]) -> Any:

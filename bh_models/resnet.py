@@ -13,14 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from timm.models.resnet import Bottleneck, ResNet
 from torch import nn
 
-from .builder import build_bh_model, register_bh_model
+from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .freezing import FreezableStagesMixin
 from .layers import GuardedConv2d
 
@@ -73,7 +72,7 @@ class BHResNet(FreezableStagesMixin, ResNet):
         dd = dict(device=self.bn1.weight.device, dtype=self.bn1.weight.dtype)
         inplanes = self.bn1.num_features
         self.conv1 = GuardedConv2d(
-            self.in_chans,
+            kwargs.get('in_chans', 3),
             inplanes,
             stem_kernel_size,
             stride=stem_stride,
@@ -138,26 +137,7 @@ class BHResNet(FreezableStagesMixin, ResNet):
         return take_indices
 
 
-def _cfg(**kwargs: Any) -> dict[str, Any]:
-    return {
-        'url': '',
-        'num_classes': 1000,
-        'input_size': (3, 224, 224),
-        'pool_size': (7, 7),
-        'crop_pct': 0.875,
-        'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN,
-        'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1',
-        'classifier': 'fc',
-        'license': 'apache-2.0',
-        'paper_ids': 'arXiv:2303.11267',
-        'paper_name': 'Rethinking the Backbone Architecture for Tiny Object Detection',
-        **kwargs,
-    }
-
-
-default_cfgs = generate_default_cfgs({name: _cfg() for name in BH_RESNET_ARCHS})
+default_cfgs = generate_default_cfgs({name: bh_pretrained_cfg('fc') for name in BH_RESNET_ARCHS})
 
 
 def _create_bh_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BHResNet:

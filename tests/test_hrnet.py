@@ -1,9 +1,6 @@
-"""BH-HRNet on timm's HighResolutionNet: stem, feature levels, timm habits, freezing, export."""
+"""BH-HRNet specifics (the shared create/forward/features/export suite is tests/test_models.py)."""
 
 from __future__ import annotations
-
-import io
-import warnings
 
 import pytest
 import timm
@@ -11,7 +8,7 @@ import torch
 from timm.models.hrnet import HighResolutionNet
 from torch import nn
 
-from bh_models.hrnet import BH_HRNET_CFGS, BHHighResolutionNet, BHHighResolutionNetFeatures
+from bh_models.hrnet import BH_HRNET_CFGS, BHHighResolutionNetFeatures
 from bh_models.layers import GuardedConv2d
 
 NAMES = ('bh_hrnet_w18', 'bh_hrnet_w32')
@@ -20,16 +17,6 @@ HW = (128, 160)  # small, not square, multiple of 32
 
 def _x(n: int = 1, hw: tuple[int, int] = HW) -> torch.Tensor:
     return torch.randn(n, 3, *hw)
-
-
-@pytest.mark.parametrize('name', NAMES)
-def test_create_forward_backward(name):
-    model = timm.create_model(name, num_classes=10)
-    assert isinstance(model, BHHighResolutionNet)
-    out = model(_x(2))
-    assert out.shape == (2, 10)
-    out.logsumexp(1).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 def test_bh_stem_and_timm_parameter_names():
@@ -173,42 +160,6 @@ def test_frozen_stages(features_only):
     assert model.stage3.training and model.transition3.training
     with pytest.raises(ValueError, match='frozen_stages=5 is out of range'):
         timm.create_model('bh_hrnet_w18', features_only=features_only, frozen_stages=5)
-
-
-@pytest.mark.parametrize('features_only', [False, True], ids=['classifier', 'features'])
-def test_norm_eval(features_only):
-    model = timm.create_model('bh_hrnet_w18', features_only=features_only, norm_eval=True).train()
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    before = [m.running_var.clone() for m in bns]
-    out = model(torch.randn(2, 3, 64, 96))
-    (sum(o.mean() for o in out) if features_only else out.mean()).backward()
-    assert all(not m.training for m in bns)
-    assert all(torch.equal(b, m.running_var) for b, m in zip(before, bns, strict=True))
-    assert model.conv2.training and all(m.weight.grad is not None for m in bns if m.weight.requires_grad)
-
-
-def test_torch_export_round_trip():
-    model = timm.create_model('bh_hrnet_w18', features_only=True, feature_location='').eval()
-    x = torch.randn(1, 3, 64, 96)
-    buffer = io.BytesIO()
-    torch.export.save(torch.export.export(model, (x,)), buffer)
-    buffer.seek(0)
-    loaded = torch.export.load(buffer).module()
-    with torch.no_grad():
-        for got, expected in zip(loaded(x), model(x), strict=True):
-            torch.testing.assert_close(got, expected)
-
-
-def test_torchscript_and_fx():
-    model = timm.create_model('bh_hrnet_w18').eval()
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        expected = model(x)
-        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore', FutureWarning)  # torch 2.14 deprecates torch.jit.script
-            scripted = torch.jit.script(model)
-        torch.testing.assert_close(scripted(x), expected)
 
 
 @pytest.mark.parametrize('name, channels', [('bh_hrnet_w18', 18), ('bh_hrnet_w32', 32)])
