@@ -332,6 +332,11 @@ def _parser() -> argparse.ArgumentParser:
         '--out-dir', type=Path, default=DEFAULT_OUT_DIR, help=f'where to write the results (default: {DEFAULT_OUT_DIR})'
     )
     parser.add_argument('--no-write', action='store_true', help='print only, write no files')
+    parser.add_argument(
+        '--speed',
+        action='store_true',
+        help='run the speed/memory benchmark instead (benchmarks/speed.py; options: bh-models benchmark --speed -h)',
+    )
     parser.add_argument('--models', nargs='+', choices=names, metavar='MODEL', help=f'a subset of: {" ".join(names)}')
     parser.add_argument('--json', action='store_true', help='print the JSON report to stdout instead of the tables')
     parser.add_argument(
@@ -350,6 +355,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; 0 when every measured row matches the paper, 1 otherwise (missing rows do not count)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if '--speed' in argv:  # `bh-models benchmark --speed [options]`: the speed/memory benchmark
+        from benchmarks import speed
+
+        return speed.main([str(a) for a in argv if a != '--speed'])
     args = _parser().parse_args([str(a) for a in argv])
     device = _pick_device(args.device)
     command_args = (['--models', *args.models] if args.models else []) + (

@@ -12,7 +12,9 @@ from timm.models._registry import get_arch_pretrained_cfgs, is_model, model_entr
 from torch import nn
 
 from .features import StageFeatureListNet
+from .hub import resolve_pretrained_source
 from .layers import GuardedConv2d
+from .weights import guard_state_dict
 
 ModelT = TypeVar('ModelT', bound=nn.Module)
 _WEIGHT_SOURCES = ('url', 'file', 'hf_hub_id', 'state_dict')
@@ -104,8 +106,24 @@ def build_bh_model(
     Adds, before building, a clear error for an unknown tag or missing weights; ``features_only`` uses
     ``feature_cls`` (which validates ``out_indices`` and keeps frozen stages). Keyword arguments go to
     ``build_model_with_cfg`` and the model class as usual.
+
+    With ``pretrained=True`` the weight file is found and checked first (``hub.resolve_pretrained_source``: a card's
+    local file or Hub file against its sha256), then timm's ``load_pretrained`` loads it through a state-dict guard
+    (``weights.check_state_dict``) that refuses missing or mis-shaped keys instead of half-loading the model.
     """
     check_pretrained_request(variant, pretrained, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if pretrained:
+        overlay, source = resolve_pretrained_source(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir')
+        )
+        kwargs['pretrained_cfg_overlay'] = overlay
+        kwargs['pretrained_filter_fn'] = guard_state_dict(
+            variant,
+            source,
+            strict=kwargs.get('pretrained_strict', True),
+            features_only=bool(kwargs.get('features_only')),
+            user_filter=kwargs.get('pretrained_filter_fn'),
+        )
     model = build_model_with_cfg(
         model_cls, variant, pretrained, feature_cfg=dict(feature_cls=feature_cls, flatten_sequential=False), **kwargs
     )

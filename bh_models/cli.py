@@ -7,11 +7,15 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# sub-command -> (module with a ``main(argv) -> int``, one-line help)
+# sub-command -> ('module' or 'module:function' whose function (default ``main``) takes argv and returns an exit code,
+#                one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     'benchmark': ('benchmarks.paper_table', "params and GFLOPs at 640x512 against the paper's Table 4"),
     'design': ('bh_models.design', 'reconstruct the BH-HRNet layouts against Table 4 (`design hrnet`)'),
     'list': ('bh_models.cli', 'list the registered BH models'),
+    'export': ('bh_models.hub', 'write the Hub folder (config.json, model.safetensors, README.md) of a weight'),
+    'publish': ('bh_models.hub:publish_main', 'upload an exported folder to the Hugging Face Hub'),
+    'convert': ('bh_models.convert', "convert the authors' MMDetection checkpoint to a safetensors backbone"),
 }
 
 
@@ -39,8 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == 'list':
         return _list_main(rest)
-    module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[command][0].partition(':')
+    entry = getattr(importlib.import_module(module_name), function or 'main')
+    return int(entry(rest) or 0)
 
 
 if __name__ == '__main__':

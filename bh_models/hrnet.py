@@ -34,6 +34,7 @@ from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .features import check_out_indices
 from .freezing import FreezableStagesMixin
 from .layers import GuardedConv2d
+from .weights import with_card_tags
 
 __all__ = ['BHHighResolutionNet', 'BHHighResolutionNetFeatures', 'BH_HRNET_CFGS', 'bh_hrnet_cfg']
 
@@ -365,7 +366,7 @@ class BHHighResolutionNetFeatures(BHHighResolutionNet):
         return out
 
 
-default_cfgs = generate_default_cfgs({name: bh_pretrained_cfg('classifier') for name in BH_HRNET_CFGS})
+default_cfgs = generate_default_cfgs(with_card_tags({name: bh_pretrained_cfg('classifier') for name in BH_HRNET_CFGS}))
 
 
 def _feature_cls_from(kwargs: dict[str, Any]) -> Any:

@@ -22,6 +22,7 @@ from torch import nn
 from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .freezing import FreezableStagesMixin
 from .layers import GuardedConv2d
+from .weights import with_card_tags
 
 __all__ = ['BHResNet', 'BH_RESNET_ARCHS']
 
@@ -137,7 +138,7 @@ class BHResNet(FreezableStagesMixin, ResNet):
         return take_indices
 
 
-default_cfgs = generate_default_cfgs({name: bh_pretrained_cfg('fc') for name in BH_RESNET_ARCHS})
+default_cfgs = generate_default_cfgs(with_card_tags({name: bh_pretrained_cfg('fc') for name in BH_RESNET_ARCHS}))
 
 
 def _create_bh_resnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BHResNet:
