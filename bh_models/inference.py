@@ -183,13 +183,18 @@ class StripTiledStem(nn.Module):
         conv: The stride-1 convolution (BN already folded), zero padding.
         act: The elementwise activation after it.
         reducer: ``nn.MaxPool2d`` or ``nn.Conv2d`` reading the activation (any stride, zero padding for a conv).
-        budget_bytes: Size of one strip of the convolution's output.
+        budget_bytes: Size of one strip of the convolution's output (kept under glibc's 32 MB mmap threshold, so
+            strips reuse heap memory instead of faulting in fresh pages).
+        max_strips: At most this many strips (large batches get taller strips than ``budget_bytes`` asks for).
     """
 
-    def __init__(self, conv: nn.Conv2d, act: nn.Module, reducer: nn.Module, budget_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self, conv: nn.Conv2d, act: nn.Module, reducer: nn.Module, budget_bytes: int = 8 << 20, max_strips: int = 32
+    ) -> None:
         super().__init__()
         self.conv, self.act, self.reducer = conv, act, reducer
         self.budget_bytes = budget_bytes
+        self.max_strips = max_strips
         self.pool = isinstance(reducer, nn.MaxPool2d)
         self.kr, self.sr = _pair(reducer.kernel_size), _pair(reducer.stride or reducer.kernel_size)
         self.pr, self.dr = _pair(reducer.padding), _pair(reducer.dilation)
@@ -203,7 +208,11 @@ class StripTiledStem(nn.Module):
         hc = h + 2 * pc - dc * (kc - 1)  # rows of the conv output (stride 1)
         wc = w + 2 * pcw - conv.dilation[1] * (conv.kernel_size[1] - 1)
         ho = (hc + 2 * pr - dr * (kr - 1) - 1) // sr + 1
-        rows = max(1, self.budget_bytes // max(1, n * conv.out_channels * wc * x.element_size() * sr))
+        rows = max(
+            self.budget_bytes // max(1, n * conv.out_channels * wc * x.element_size() * sr),
+            -(-ho // self.max_strips),  # bounded strip count: a compiler unrolls the loop
+            1,
+        )
         fill = float('-inf') if self.pool else 0.0
         outs = []
         for o0 in range(0, ho, rows):
