@@ -92,14 +92,19 @@ def _bn_replacement(bn: _BatchNorm) -> nn.Module | None:
     return None  # an unknown BatchNorm subclass may do more than normalise: leave it
 
 
-def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """Qualified names of the ``(conv, bn)`` pairs that can be folded, found on the ``torch.fx`` graph."""
+def _traced_calls(model: nn.Module) -> tuple[torch.fx.Graph, dict[str, nn.Module], dict[str, int]]:
+    """The ``torch.fx`` graph of ``model``, its modules by name, and how often each module is called in it."""
     graph = _ConvBNTracer().trace(model)
-    modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
         if node.op == 'call_module':
             calls[node.target] = calls.get(node.target, 0) + 1
+    return graph, dict(model.named_modules()), calls
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """Qualified names of the ``(conv, bn)`` pairs that can be folded, found on the ``torch.fx`` graph."""
+    graph, modules, calls = _traced_calls(model)
     pairs = []
     for node in graph.nodes:
         if node.op != 'call_module' or not isinstance(modules[node.target], _BatchNorm) or not node.args:
@@ -258,12 +263,7 @@ def tile_stems(model: nn.Module) -> list[str]:
     ``StripTiledStem``, the activation's and the reducer's get ``nn.Identity``. Returns the qualified names of the
     tiled convolutions.
     """
-    graph = _ConvBNTracer().trace(model)
-    modules = dict(model.named_modules())
-    calls: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == 'call_module':
-            calls[node.target] = calls.get(node.target, 0) + 1
+    graph, modules, calls = _traced_calls(model)
 
     def next_module(node: torch.fx.Node) -> torch.fx.Node | None:
         """The single consumer of ``node``, skipping Identity modules; None when it is not a single module call."""
