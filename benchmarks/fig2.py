@@ -18,6 +18,7 @@ stage k is ``layer{k}``; for HRNets stage 1 is ``layer1`` (after the BH stem's m
 from __future__ import annotations
 
 import statistics
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -177,7 +178,7 @@ def plot_fig2(pairs: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
             ax.set_ylabel(f'{what} (%)')
             ax.set_title(f'{pair["labels"]["standard"]} vs {pair["labels"]["bh"]}: {what} per stage', fontsize=9)
             ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(textwrap.fill(title, 120), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -21,6 +21,11 @@ The CPU is always measured; CUDA too when ``torch.cuda.is_available()`` (bf16 au
 gets ``speed_<device>.json``, ``speed_<device>.md``, ``speed_<device>.png`` (ratios and memory) and
 ``fig2_<device>.png`` in ``benchmarks/results/``. The report records the device, torch version, thread count and
 the load average before and after: timings on a shared machine are only as good as its load.
+
+On the CPU the allocator matters as much as the kernels: glibc maps every block above 32 MB afresh and the kernel
+page-faults it in on each call, and the BH models have more such blocks (64 channels at full resolution). Started
+with ``THP_MEM_ALLOC_ENABLE=1`` (read by torch once, at startup), torch puts large tensors on transparent huge
+pages, a fault per 2 MB instead of per 4 kB; the files then get a ``_thp`` suffix (``speed_cpu_thp.json``, ...).
 The targets of issue 7 are reported, not asserted: the exit status is 0 unless the run itself fails.
 """
 
@@ -61,8 +66,10 @@ COMMAND = 'bh-models benchmark --speed'
 VARIANTS: tuple[str, ...] = ('eager_nchw', 'eager_cl', 'optimized')
 ROLES: tuple[str, ...] = ('standard', 'bh')
 MEMORY_BATCH = 2
-# full run: (batch size, timed rounds); batch 8 of HRNet32 at 640x512 takes seconds per call on 2 CPU cores
-FULL_BATCHES: tuple[tuple[int, int], ...] = ((1, 9), (8, 3))
+# full run: (batch size, timed rounds). At batch 8 one call takes 2.5-12 s on 2 CPU cores (BH-HRNet32 eager NCHW the
+# slowest), so 2 rounds there (their mean, no separate warm-up) keep the whole run near 11 min
+FULL_BATCHES: tuple[tuple[int, int], ...] = ((1, 7), (8, 2))
+AUTO_REPEATS = 5  # timed calls per candidate when optimize_for_inference picks the backend (first batch size)
 QUICK_BATCHES: tuple[tuple[int, int], ...] = ((1, 3),)
 MEMORY_METHOD = {
     'cpu': 'fresh subprocess per measurement; peak RSS mark reset (/proc/self/clear_refs) before the step; '
@@ -107,6 +114,7 @@ class Settings:
     batches: tuple[tuple[int, int], ...] = FULL_BATCHES  # (batch size, timed rounds)
     warmup: int | None = None  # untimed calls of every variant first; None: 2 at batch 1, 1 at 2-4, 0 above
     backend: str = 'auto'
+    candidates: tuple[str, ...] | None = None  # what backend 'auto' tries; None: default_candidates(device)
     memory: bool = True
     stages: bool = True
     stage_rounds: int = 3
@@ -180,9 +188,9 @@ def time_pair(
 ) -> dict[str, Any]:
     """Latency of the three variants of both models of ``pair`` at ``batch``, interleaved.
 
-    ``choices`` maps role -> keyword arguments of ``optimize_for_inference`` (``backend``, ``tile_stem``); after an
-    ``'auto'`` search the entry is replaced by what it picked, so a later batch size reuses the choice instead of
-    searching (and compiling every candidate) again.
+    ``choices`` maps role -> keyword arguments of ``optimize_for_inference``. After an ``'auto'`` search over all
+    candidates (at the first batch size) the entry becomes what it picked (backend, tiled stem or not), and later
+    batch sizes reuse that instead of building, compiling and timing every candidate again at seconds per call.
     """
     height, width = settings.input_size_hw
     x = torch.randn(batch, 3, height, width, device=device)
@@ -193,7 +201,8 @@ def time_pair(
         for role, name in pair.models.items():
             model = _build(name, pair.row(role), device)
             model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
-            opt = optimize_for_inference(model, x, rtol=_rtol(device), **choices[role])
+            repeats = AUTO_REPEATS if choices[role].get('backend') == 'auto' else 1
+            opt = optimize_for_inference(model, x, rtol=_rtol(device), repeats=repeats, **choices[role])
             choices[role] = {'backend': opt.backend, 'tile_stem': bool(opt.tiled)}
             optimized[role] = _optimized_info(opt)
             calls[(role, 'eager_nchw')] = lambda m=model: m(x)
@@ -371,6 +380,20 @@ def _cpu_model() -> str:
         return platform.processor()
 
 
+def thp_enabled() -> bool:
+    """Whether torch backs large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE=1`` at startup)."""
+    return os.environ.get('THP_MEM_ALLOC_ENABLE') == '1'  # torch reads it once, and accepts only '0' and '1'
+
+
+def _thp_report() -> dict[str, Any]:
+    try:
+        with open('/sys/kernel/mm/transparent_hugepage/enabled') as f:
+            mode = f.read().strip()
+    except OSError:
+        mode = 'unknown'
+    return {'THP_MEM_ALLOC_ENABLE': os.environ.get('THP_MEM_ALLOC_ENABLE'), 'enabled': thp_enabled(), 'kernel': mode}
+
+
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -395,7 +418,9 @@ def run_device(
     results = []
     for pair in pairs:
         entry: dict[str, Any] = {'models': pair.models, 'labels': pair.labels, 'scope': pair.bh.flops_scope}
-        choices: dict[str, dict[str, Any]] = {role: {'backend': settings.backend} for role in ROLES}
+        choices: dict[str, dict[str, Any]] = {
+            role: {'backend': settings.backend, 'candidates': settings.candidates} for role in ROLES
+        }
         entry['latency'], entry['optimized'] = [], {}
         for batch, rounds in settings.batches:
             with _logged(f'{pair.bh.model} vs {pair.standard.model}: latency at batch {batch}', quiet):
@@ -426,11 +451,13 @@ def run_device(
             'bh_models': bh_models.__version__,
         },
         'load_avg_1_5_15': {'before': load_before, 'after': _load()},
+        'huge_pages': _thp_report() if device.type == 'cpu' else None,
         'input_size_hw': list(settings.input_size_hw),
         'settings': {
             'batches_rounds': [list(b) for b in settings.batches],
             'warmup_calls': {str(b): settings.warmup_calls(b) for b, _ in settings.batches},
             'backend': settings.backend,
+            'candidates': list(settings.candidates) if settings.candidates else 'default',
             'available_backends': list(BACKENDS),
         },
         'memory_method': MEMORY_METHOD[device.type],
@@ -566,6 +593,18 @@ def stage_rows(report: dict[str, Any]) -> list[list[str]]:
     return lines
 
 
+def _allocator_text(report: dict[str, Any]) -> str:
+    thp = report.get('huge_pages')
+    if not thp:
+        return 'n/a'
+    if thp['enabled']:
+        return f'THP_MEM_ALLOC_ENABLE=1: large tensors on transparent huge pages (kernel: {thp["kernel"]})'
+    return (
+        'default allocator (glibc malloc: blocks over 32 MB are mapped fresh and page-faulted on every call; '
+        f'THP_MEM_ALLOC_ENABLE unset, kernel THP: {thp["kernel"]})'
+    )
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """``speed_<device>.md``."""
     height, width = report['input_size_hw']
@@ -581,6 +620,7 @@ def format_markdown(report: dict[str, Any]) -> str:
         f'- versions: python {v["python"]}, torch {v["torch"]}, timm {v["timm"]}, bh_models {v["bh_models"]}',
         f'- load average (1/5/15 min): {load["before"]} before, {load["after"]} after; run took '
         f'{report["wall_s"]:.0f} s',
+        f'- CPU memory: {_allocator_text(report)}',
         f'- input: batch x 3 x {height} x {width}, random weights; models built as Table 4 counts them '
         '(ResNets with their classifier head, HRNets as the trunk up to the raw branch outputs)',
         '- latency: median of the timed rounds after warm-up; standard and BH interleaved call by call; '
@@ -635,7 +675,8 @@ def format_text(report: dict[str, Any]) -> str:
         return '\n'.join('  '.join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines)
 
     parts = [
-        f'{report["device"]}, {report["threads"]} threads, torch {report["versions"]["torch"]}, load '
+        f'{report["device"]}, {report["threads"]} threads, torch {report["versions"]["torch"]}, '
+        f'huge pages {"on" if (report.get("huge_pages") or {}).get("enabled") else "off"}, load '
         f'{report["load_avg_1_5_15"]["before"]} -> {report["load_avg_1_5_15"]["after"]}',
         '',
         table(latency_rows(report)),
@@ -706,7 +747,8 @@ def plot_speed(report: dict[str, Any], path: Path) -> Path:
 def write_report(report: dict[str, Any], out_dir: Path, charts: bool = True) -> list[Path]:
     """Write ``speed_<device>.json`` / ``.md`` (and the two PNG charts) into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f'speed_{report["device_type"]}'
+    suffix = '_thp' if (report.get('huge_pages') or {}).get('enabled') else ''
+    stem = f'speed_{report["device_type"]}{suffix}'
     paths = [out_dir / f'{stem}.json', out_dir / f'{stem}.md']
     paths[0].write_text(json.dumps(report, indent=2) + '\n', encoding='utf-8')
     paths[1].write_text(format_markdown(report) + '\n', encoding='utf-8')
@@ -718,7 +760,8 @@ def write_report(report: dict[str, Any], out_dir: Path, charts: bool = True) -> 
                 f'Fig. 2 regenerated: share of FLOPs per stage (bh_models.complexity) and of latency per stage '
                 f'(eager channels_last, batch 1, {width}x{height}, {report["device"]}, {report["threads"]} threads)'
             )
-            paths.append(fig2.plot_fig2(report['pairs'], out_dir / f'fig2_{report["device_type"]}.png', title))
+            fig_path = out_dir / f'fig2_{report["device_type"]}{suffix}.png'
+            paths.append(fig2.plot_fig2(report['pairs'], fig_path, title))
     return paths
 
 
@@ -733,7 +776,7 @@ def _parser() -> argparse.ArgumentParser:
             'Latency, throughput and training memory of the Table 4 pairs (standard vs BH) at 640x512: eager NCHW, '
             'eager channels_last and bh_models.optimize_for_inference, ratios measured interleaved in one run; '
             'per-stage FLOPs and latency (Fig. 2). CPU always, CUDA too when available. Writes speed_<device>.json, '
-            '.md, .png and fig2_<device>.png. The full CPU run takes about 10 min on 2 cores (--quick: about 2 min).'
+            '.md, .png and fig2_<device>.png. The full CPU run takes about 11 min on 2 cores (--quick: about 4 min).'
         ),
         epilog='exit status: 0 when the run completes (targets are reported, not asserted), 2 for usage errors.',
     )
@@ -742,7 +785,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument('--quick', action='store_true', help='batch 1 only, 3 rounds')
     parser.add_argument('--batch-sizes', nargs='+', type=int, metavar='N', help='batch sizes (default: 1 8)')
-    parser.add_argument('--rounds', type=int, help='timed rounds per batch size (default: 9 at batch 1, 3 at 8)')
+    parser.add_argument('--rounds', type=int, help='timed rounds per batch size (default: 7 at batch 1, 2 at 8)')
     parser.add_argument(
         '--warmup', type=int, help='untimed calls of each variant first (default: 2 at batch 1, 1 at 2-4, 0 above)'
     )
@@ -758,6 +801,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument('--out-dir', type=Path, default=DEFAULT_OUT_DIR, help=f'default: {DEFAULT_OUT_DIR}')
     parser.add_argument('--no-write', action='store_true', help='print only, write no files')
     parser.add_argument('--memory-worker', metavar='JSON', help=argparse.SUPPRESS)
+    parser.add_argument(
+        '--candidates',
+        type=lambda text: tuple(c for c in text.split(',') if c),
+        help="what --backend auto tries, comma-separated (e.g. 'eager,jit'); default: the device's default candidates",
+    )
     return parser
 
 
@@ -773,6 +821,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         batches=batches,
         warmup=args.warmup,
         backend=args.backend,
+        candidates=args.candidates,
         memory=not args.no_memory,
         stages=not args.no_stages,
         charts=not args.no_charts,

@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     'list': ('bh_models.cli', 'list the registered BH models'),
     'export': ('bh_models.hub', 'write the Hub folder (config.json, model.safetensors, README.md) of a weight'),
     'publish': ('bh_models.hub:publish_main', 'upload an exported folder to the Hugging Face Hub'),
+    'train': ('bh_models.train', 'pre-train a model on Fashion-MNIST, CIFAR-100, ImageNet32 or an image folder'),
+    'evaluate': ('bh_models.evaluate', "top-1/top-5 of a published weight with timm's eval transform"),
     'convert': ('bh_models.convert', "convert the authors' MMDetection checkpoint to a safetensors backbone"),
 }
 

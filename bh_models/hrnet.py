@@ -33,7 +33,7 @@ from torch import nn
 from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .features import check_out_indices
 from .freezing import FreezableStagesMixin
-from .layers import GuardedConv2d
+from .layers import CheckpointedStemMixin, GuardedConv2d
 from .weights import with_card_tags
 
 __all__ = ['BHHighResolutionNet', 'BHHighResolutionNetFeatures', 'BH_HRNET_CFGS', 'bh_hrnet_cfg']
@@ -109,7 +109,7 @@ def _checkpoint_stage(stage: nn.Module, xl: list[torch.Tensor]) -> list[torch.Te
     return list(xl)
 
 
-class BHHighResolutionNet(FreezableStagesMixin, HighResolutionNet):
+class BHHighResolutionNet(CheckpointedStemMixin, FreezableStagesMixin, HighResolutionNet):
     """timm ``HighResolutionNet`` with the bottom-heavy stem (3x3/1 conv, 3x3/2 conv, 3x3/2 max-pool).
 
     Args:
@@ -215,7 +215,7 @@ class BHHighResolutionNet(FreezableStagesMixin, HighResolutionNet):
 
     def forward_features(self, x: torch.Tensor):
         """timm's ``forward_features`` with the BH stem: the head's 2048-channel map, or the branch list without it."""
-        x = self.forward_stem(x)
+        x = self.stem_maybe_checkpointed(x)
         if isinstance(self.layer1, nn.Identity):
             return x  # only the stem remains (prune_intermediate_layers)
         yl = self.stages(x)
@@ -253,7 +253,7 @@ class BHHighResolutionNet(FreezableStagesMixin, HighResolutionNet):
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(self.num_branches + 1, indices)
         intermediates = []
-        x = self.forward_stem(x)
+        x = self.stem_maybe_checkpointed(x)
         if 0 in take_indices:
             intermediates.append(x)
         if max_index == 0 and (stop_early or isinstance(self.layer1, nn.Identity)):
@@ -351,7 +351,7 @@ class BHHighResolutionNetFeatures(BHHighResolutionNet):
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The requested feature levels, highest resolution first."""
         out: list[torch.Tensor] = []
-        x = self.forward_stem(x)
+        x = self.stem_maybe_checkpointed(x)
         if 0 in self._out_idx:
             out.append(x)
         yl = self.stages(x)

@@ -177,7 +177,7 @@ class StripTiledStem(nn.Module):
 
     The BH stems start with a stride-1 convolution whose output (64 channels at the input's full resolution, 84 MB
     per 640x512 image in float32) is read once by a stride-2 reducer (the max-pool of BH-ResNet, ``conv2`` of
-    BH-HRNet). On a CPU that tensor is too large to stay in cache and, above glibc's 32 MB mmap threshold, is
+    BH-HRNet). On a CPU that tensor overflows the per-core caches and, above glibc's 32 MB mmap threshold, is
     mapped and page-faulted afresh on every call. Here the reducer's output rows are produced a strip at a time
     (each strip's convolution output stays within ``budget_bytes``), so the full-resolution tensor never exists.
     Every output element is computed from the same inputs and weights as in the untiled network (the strips

@@ -49,3 +49,25 @@ class GuardedConv2d(nn.Conv2d):
                 f'({self.min_input_size}); use images of at least {self.min_input_size}x{self.min_input_size} '
                 f'(multiples of {self.min_input_size} keep every feature map aligned).'
             )
+
+
+class CheckpointedStemMixin:
+    """Gradient checkpointing of the full-resolution stem, for a model with ``forward_stem`` and ``grad_checkpointing``.
+
+    timm checkpoints the stages only. A BH stem convolves at full resolution (64 channels at 640x512 keep about
+    84 MB per image per saved tensor), so with ``set_grad_checkpointing()`` it is recomputed in the backward pass
+    as well: only the input image is kept. The non-reentrant form is used, so the stem's parameters get gradients
+    although the image does not require any.
+    """
+
+    def stem_maybe_checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward_stem(x)``, recomputed in the backward pass when gradient checkpointing is on."""
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return self._checkpointed_stem(x)
+        return self.forward_stem(x)
+
+    @torch.jit.unused
+    def _checkpointed_stem(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.forward_stem, x, use_reentrant=False)

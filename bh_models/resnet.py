@@ -21,7 +21,7 @@ from torch import nn
 
 from .builder import bh_pretrained_cfg, build_bh_model, register_bh_model
 from .freezing import FreezableStagesMixin
-from .layers import GuardedConv2d
+from .layers import CheckpointedStemMixin, GuardedConv2d
 from .weights import with_card_tags
 
 __all__ = ['BHResNet', 'BH_RESNET_ARCHS']
@@ -34,7 +34,7 @@ BH_RESNET_ARCHS: dict[str, dict[str, Any]] = {
 _UNSUPPORTED = ('stem_type', 'replace_stem_pool', 'aa_layer', 'avg_down')
 
 
-class BHResNet(FreezableStagesMixin, ResNet):
+class BHResNet(CheckpointedStemMixin, FreezableStagesMixin, ResNet):
     """timm ``ResNet`` with a bottom-heavy stem and a strided first stage.
 
     Args:
@@ -90,6 +90,17 @@ class BHResNet(FreezableStagesMixin, ResNet):
         self.feature_info[0] = dict(num_chs=inplanes, reduction=2 * stem_stride, module='maxpool')
         self._init_freezing(frozen_stages, norm_eval)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem up to feature level 0: full-resolution conv, BN, activation, max-pool (stride 2)."""
+        return self.maxpool(self.act1(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's ``forward_features``; with gradient checkpointing the stem is recomputed too."""
+        x = self.stem_maybe_checkpointed(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq([self.layer1, self.layer2, self.layer3, self.layer4], x, flatten=True)
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
     def forward_intermediates(
         self,
         x: torch.Tensor,
@@ -112,7 +123,7 @@ class BHResNet(FreezableStagesMixin, ResNet):
         if output_fmt != 'NCHW':
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         take_indices, max_index = feature_take_indices(len(self.feature_info), indices)
-        x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
+        x = self.stem_maybe_checkpointed(x)
         intermediates = [x] if 0 in take_indices else []
         stages = [self.layer1, self.layer2, self.layer3, self.layer4]
         if stop_early:

@@ -144,6 +144,27 @@ def test_grad_checkpointing_cuts_saved_activations(name):
     assert with_cp < 0.6 * without
 
 
+@pytest.mark.parametrize('name', BH_MODELS)
+def test_grad_checkpointing_keeps_no_full_resolution_stem_map(name):
+    """The full-resolution stem is recomputed too: with checkpointing, no 64-channel map at input size is kept."""
+    model = timm.create_model(name, num_classes=4).train()
+    x = torch.randn(1, 3, 64, 96)
+    shapes: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(t.shape))
+        return t
+
+    for enable in (False, True):
+        model.set_grad_checkpointing(enable)
+        shapes.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x)
+        full_res = [s for s in shapes if len(s) == 4 and s[-2:] == (64, 96) and s[1] > 3]
+        assert bool(full_res) is not enable, (enable, full_res)
+        sum(o.float().mean() for o in (out if isinstance(out, list) else [out])).backward()
+
+
 def test_memory_worker_refuses_a_model_without_checkpointing():
     """timm's HRNets have no gradient checkpointing: the memory column says so instead of failing."""
     spec = {'model': 'hrnet_w18', 'checkpointing': True, 'batch': 1, 'input_size_hw': [64, 96]}
@@ -163,3 +184,10 @@ def test_memory_worker_measures_a_training_step_in_a_subprocess():
     with_cp = speed._memory_cpu('bh_resnet50', True, settings)
     assert without['peak_mb'] > 100 and without['note'] == ''
     assert with_cp['peak_mb'] < without['peak_mb']
+
+
+def test_candidates_option_limits_the_auto_search():
+    """`--candidates eager,jit` (how the CUDA result was made within a 15-minute device budget) reaches the run."""
+    settings = speed._settings(speed._parser().parse_args(['--candidates', 'eager,jit']))
+    assert settings.candidates == ('eager', 'jit')
+    assert speed._settings(speed._parser().parse_args([])).candidates is None
