@@ -589,6 +589,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _without_option(argv: Sequence[str], option: str) -> list[str]:
+    """``argv`` without ``option VALUE`` / ``option=VALUE``."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + '='):
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``bh-models train``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -599,9 +613,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f'--export {args.export!r}: use {args.model}.<tag>, e.g. {args.model}.{args.data}')
     import bh_models  # noqa: F401  (registers the BH models in timm)
 
-    command = 'bh-models train ' + shlex.join(argv)
+    recorded = shlex.join(_without_option(argv, '--recipe-note'))  # the note is put before the command, not in it
+    command = 'bh-models train ' + recorded
     if int(os.environ.get('WORLD_SIZE', '1')) > 1:
-        command = f'torchrun --nproc_per_node {os.environ["WORLD_SIZE"]} -m bh_models.cli train ' + shlex.join(argv)
+        command = f'torchrun --nproc_per_node {os.environ["WORLD_SIZE"]} -m bh_models.cli train ' + recorded
     train(args, command)
     return 0
 

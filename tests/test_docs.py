@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import timm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,3 +51,12 @@ def test_models_table_numbers_are_the_benchmark_numbers():
     for name, params, gflops in listed:
         assert params == f'{rows[name]["params_m_by_convention"]["all"]:.3f}', name
         assert gflops == f'{rows[name]["gflops_by_scope"]["backbone"]:.3f}', name
+
+
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_speed_targets_in_readme_are_the_committed_results(device):
+    """The README's speed targets are the tables of benchmarks/results/speed_<device>.md."""
+    md = (RESULTS / f'speed_{device}.md').read_text()
+    table = md.split('## Targets (reported, not asserted)', 1)[1].split('\n\n')[1]
+    assert table.startswith('| target |')
+    assert table in README, f'README speed targets differ from benchmarks/results/speed_{device}.md: paste the new ones'

@@ -86,6 +86,7 @@ def test_export_writes_a_card_that_timm_loads_and_evaluate_reproduces(fmnist, tm
     card = read_card(export['card'])
     assert card.sha256 == sha256_file(export['weights']) and card.input_size == (1, 32, 32)
     assert card.recipe.startswith('unit test: bh-models train --model bh_resnet50')
+    assert card.recipe.count('unit test:') == 1  # the note is not repeated inside the recorded command
     assert card.crop_pct == 1.0 and card.label_names[9] == 'Ankle boot' and card.num_classes == 10
     stored = load_file(export['weights'])
     assert stored['conv1.weight'].dtype == (torch.float16 if export['dtype'] == 'float16' else torch.float32)

@@ -298,8 +298,25 @@ SHIPPED = weights.read_cards(weights.DEFAULT_WEIGHTS_DIR)
 
 @pytest.mark.parametrize('name', sorted(SHIPPED))
 def test_shipped_cards_match_their_files_and_counts(name):
-    """Every card in the repository's weights/ recomputes to what it records (none ship yet)."""
+    """Every card in the repository's weights/ recomputes to what it records (sha256, size, params, GFLOPs)."""
     assert weights.check_card(SHIPPED[name], weights.DEFAULT_WEIGHTS_DIR) == []
+
+
+FMNIST_DIR = Path('/usr/share/datasets/fashion-mnist')
+
+
+@pytest.mark.skipif('bh_resnet50.fmnist' not in SHIPPED, reason='no bh_resnet50.fmnist card in weights/')
+@pytest.mark.skipif(not FMNIST_DIR.is_dir(), reason='apt-get install dataset-fashion-mnist')
+def test_shipped_fmnist_weight_scores_what_its_card_says(tmp_path, monkeypatch):
+    """timm.create_model('bh_resnet50.fmnist', pretrained=True), offline, with timm's eval transform: >= 93.0 %."""
+    from bh_models.evaluate import evaluate_pretrained
+
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    card = SHIPPED['bh_resnet50.fmnist']
+    result = evaluate_pretrained('bh_resnet50.fmnist', 'fmnist', str(FMNIST_DIR), workers=1, device='cpu')
+    assert result['images'] == 10000
+    assert result['top1'] == pytest.approx(card.metrics['top1'], abs=0.015)
+    assert result['top1'] >= 93.0
 
 
 def test_weights_readme_documents_every_card_field():
