@@ -276,12 +276,19 @@ def test_export_a_backbone_file_without_card(tmp_path):
         export_folder('bh_resnet50', tmp_path / 'export2', weights=partial)
 
 
-def test_export_with_a_card_that_is_not_registered(artifact, tmp_path):
+def test_export_with_a_card_that_is_not_registered(artifact, tmp_path, monkeypatch):
     """What a training run does before its card is in weights/: export the file with the card object."""
     _, directory, _ = artifact
     card = weights.read_card(directory / f'{NAME}.json')
-    assert weights.get_card(NAME) is None
-    folder = export_folder('bh_resnet50', tmp_path / 'export', weights=directory / card.filename, card=card)
+    (tmp_path / 'no_cards').mkdir()
+    try:
+        with monkeypatch.context() as m:  # a weights directory without the shipped card of this name
+            m.setenv('BH_MODELS_WEIGHTS_DIR', str(tmp_path / 'no_cards'))
+            bh_models.reload_cards()
+            assert weights.get_card(NAME) is None
+            folder = export_folder('bh_resnet50', tmp_path / 'export', weights=directory / card.filename, card=card)
+    finally:
+        bh_models.reload_cards()
     config = json.loads((folder / 'config.json').read_text())
     assert config['pretrained_cfg']['mean'] == [0.286] and config['pretrained_cfg']['tag'] == 'fmnist'
     assert config['bh_models']['card'] == card.to_dict() and config['num_classes'] == 10
