@@ -226,24 +226,19 @@ def _export(
 
     directory = Path(args.export_dir) if args.export_dir else weights_dir()
     path = directory / f'{args.export}.safetensors'
-    fp32 = {
-        k: v.detach().float().clone() if v.is_floating_point() else v.clone()
-        for k, v in _unwrap(model).state_dict().items()
-    }
-    reference = evaluate_model(_unwrap(model), val, ctx.device, amp=False)
-    fp16 = {k: v.half() if v.is_floating_point() else v for k, v in fp32.items()}
-    restored = {k: v.float() if v.is_floating_point() else v for k, v in fp16.items()}
-    _unwrap(model).load_state_dict(restored)
-    half_metrics = evaluate_model(_unwrap(model), val, ctx.device, amp=False)
+    net = _unwrap(model)
+    fp32 = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    reference = evaluate_model(net, val, ctx.device, amp=False)
+    net.half().float()  # the weights as an fp16 file would give them back
+    half_metrics = evaluate_model(net, val, ctx.device, amp=False)
     keep_half = half_metrics['top1'] >= reference['top1'] - 0.05
-    if not keep_half:
-        _unwrap(model).load_state_dict(fp32)
     metrics = half_metrics if keep_half else reference
-    shell = _unwrap(model)
     if keep_half:
-        shell = shell.half()
-    save_weights(shell, path)
-    _unwrap(model).float()
+        save_weights(net.half(), path)
+        net.float()
+    else:
+        net.load_state_dict(fp32)
+        save_weights(net, path)
     info = DATASETS[args.data]
     card = make_card(
         args.export,
@@ -278,9 +273,9 @@ def _epochs_within_budget(args: argparse.Namespace, elapsed: float, first: dict[
     """Epoch count (at most ``planned``) that ends within ``--time-budget-s``, judged after the first epoch.
 
     The first epoch (set-up, warm-up, cudnn's algorithm search included) is the slowest, so the estimate is on the
-    safe side; the final evaluation and export are reserved as three evaluations. The learning-rate warm-up is one
-    epoch and the cosine is computed from the update count, so re-planning after it equals having planned the
-    length from the start. In a multi-process job every process sees the same numbers from rank 0.
+    safe side; the final evaluation and export are reserved as three evaluations. With a warm-up of at least one
+    epoch (default 1) the first epoch's learning rates do not depend on the run's length, so re-planning after it
+    equals having planned the length from the start. In a multi-process job every process takes rank 0's count.
     """
     eval_s = float(first.get('eval_s', 0.0))
     per_epoch = float(first['train_s']) + eval_s / max(args.eval_every, 1)
