@@ -46,9 +46,9 @@ def evaluate_pretrained(
     model = timm.create_model(name, pretrained=True, **overlay)
     config = resolve_data_config({}, model=model)
     dataset = build_dataset(data, data_dir, split, create_transform(**config, is_training=False))
-    dev = torch.device(
-        'cuda' if device == 'auto' and torch.cuda.is_available() else ('cpu' if device == 'auto' else device)
-    )
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    dev = torch.device(device)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     metrics = evaluate_model(model.to(dev), loader, dev)
     return {

@@ -218,27 +218,31 @@ def _export(
     cfg: dict[str, Any],
     val: DataLoader,
     ctx: Dist,
+    reference: dict[str, float],
     labels: list[str] | None,
     command: str,
 ) -> dict[str, Any]:
-    """Write the weight file (fp16 unless that loses > 0.05 top-1 points) and its card through bh_models.weights."""
+    """Write the weight file (fp16 unless that loses > 0.05 top-1 points) and its card through bh_models.weights.
+
+    Called by every process of a job: the fp16 check evaluates each one's shard of the test set and sums them, as
+    ``reference`` (the final fp32 evaluation) did; only rank 0 writes. Returns what was written (empty elsewhere).
+    """
     from .weights import make_card, weights_dir, write_card
 
     directory = Path(args.export_dir) if args.export_dir else weights_dir()
     path = directory / f'{args.export}.safetensors'
     net = _unwrap(model)
     fp32 = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    reference = evaluate_model(net, val, ctx.device, amp=False)
     net.half().float()  # the weights as an fp16 file would give them back
     half_metrics = evaluate_model(net, val, ctx.device, amp=False)
     keep_half = half_metrics['top1'] >= reference['top1'] - 0.05
     metrics = half_metrics if keep_half else reference
-    if keep_half:
-        save_weights(net.half(), path)
-        net.float()
-    else:
+    if not keep_half:
         net.load_state_dict(fp32)
-        save_weights(net, path)
+    if not ctx.main:
+        return {}
+    save_weights(net.half() if keep_half else net, path)
+    net.float()
     info = DATASETS[args.data]
     card = make_card(
         args.export,
@@ -512,8 +516,10 @@ def train(args: argparse.Namespace, command: str = '') -> dict[str, Any]:
         sums_all = [torch.zeros(2, dtype=torch.float64, device=ctx.device) for _ in range(ctx.world)]
         dist.all_gather(sums_all, torch.stack([flat.sum(), flat.abs().sum()]))
         result['replicas_equal'] = all(torch.equal(s, sums_all[0]) for s in sums_all)
-    if ctx.main and args.export:
-        result['export'] = _export(model, args, cfg, val_loader, ctx, label_names(train_set), command)
+    if args.export:  # every process: the fp16 check is a collective evaluation
+        export = _export(model, args, cfg, val_loader, ctx, final, label_names(train_set), command)
+        if ctx.main:
+            result['export'] = export
     if ctx.main:
         (out / 'final.json').write_text(json.dumps(result, indent=1) + '\n')
         print(

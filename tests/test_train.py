@@ -138,7 +138,8 @@ def test_torchrun_two_processes_with_gloo(fmnist, tmp_path):
     """DistributedDataParallel + DistributedSampler on CPU: each process half the batch, replicas stay equal."""
     out = tmp_path / 'ddp'
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2']
-    cmd = [*torchrun, '-m', 'bh_models.cli', 'train', *_argv(fmnist, out, '--epochs', '1', *FAST)]
+    export = ['--export', 'bh_resnet50.fmnist', '--export-dir', str(tmp_path / 'weights')]  # rank 0 writes
+    cmd = [*torchrun, '-m', 'bh_models.cli', 'train', *_argv(fmnist, out, '--epochs', '1', *FAST, *export)]
     env = {**os.environ, 'OMP_NUM_THREADS': '1', 'XDG_CACHE_HOME': str(tmp_path / 'cache')}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -147,6 +148,8 @@ def test_torchrun_two_processes_with_gloo(fmnist, tmp_path):
     assert final['val_images'] == 32  # each test image evaluated exactly once across the two processes
     assert final['command'].startswith('torchrun --nproc_per_node 2')
     assert '2 process(es) x batch 8' in proc.stdout
+    assert final['export']['top1_fp32'] == final['top1']
+    assert (tmp_path / 'weights' / 'bh_resnet50.fmnist.json').is_file()
 
 
 def test_pretrain_comparison_writes_the_table(fmnist, tmp_path):
