@@ -71,12 +71,53 @@ def _read_final(output: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _evaluations(epochs: int, eval_every: int) -> int:
+    """How many test-set passes ``bh-models train`` makes in ``epochs`` epochs (every ``eval_every`` and the last)."""
+    every = max(eval_every, 1)
+    return epochs // every + (epochs % every != 0)
+
+
+def plan_epochs(
+    planned: Sequence[str],
+    img_s: dict[str, float],
+    eval_s: dict[str, float],
+    parallel: int,
+    eval_every: int,
+    margin: float,
+    budget_s: float,
+    max_epochs: int,
+    train_images: int = 60000,
+) -> tuple[int, dict[str, Any]]:
+    """Largest epoch count (at least 1, at most ``max_epochs``) that fits ``budget_s``.
+
+    ``planned`` holds one model name per run in launch order, ``parallel`` run at a time. Each wave lasts as long as
+    its slowest run; a run's time is its training images at the probed ``img_s`` plus its test-set passes at the
+    probed ``eval_s``, times ``margin``.
+    """
+    waves = [planned[i : i + parallel] for i in range(0, len(planned), parallel)]
+
+    def plan_s(epochs: int) -> float:
+        n_eval = _evaluations(epochs, eval_every)
+        return margin * sum(max(epochs * train_images / img_s[m] + n_eval * eval_s[m] for m in w) for w in waves)
+
+    epochs = 1
+    while epochs < max_epochs and plan_s(epochs + 1) <= budget_s:
+        epochs += 1
+    return epochs, {'waves': len(waves), 'plan_s': round(plan_s(epochs), 1), 'epochs': epochs}
+
+
 def probe_epochs(
     models: Sequence[str], seeds: Sequence[int], args: argparse.Namespace, recipe: list[str], budget_s: float
 ) -> tuple[int, dict[str, Any]]:
-    """Largest epoch count whose runs, side by side as planned, fit in ``budget_s`` (at least 1)."""
+    """Largest epoch count whose runs, side by side as planned, fit in ``budget_s`` (at least 1).
+
+    The probe runs ``PROBE_STEPS`` steps of each run, ``args.parallel`` at a time as the real runs will be; one after
+    another (``--parallel 1``) a model's speed does not depend on the seed, so one seed per model is probed. The time
+    of the plan is the sum over its waves of the slowest run of the wave, times ``args.margin``.
+    """
     work = Path(args.work_dir) / 'probe'
     work.mkdir(parents=True, exist_ok=True)
+    probed = seeds[:1] if args.parallel == 1 else seeds
     runs = [
         {
             'argv': _train_argv(m, s, args.data_dir, work / f'{m}_s{s}', recipe)
@@ -84,29 +125,28 @@ def probe_epochs(
             'log': f'probe_{m}_s{s}.log',
         }
         for m in models
-        for s in seeds
+        for s in probed
     ]
     start = time.perf_counter()
     _launch(runs, args.parallel, args.threads, work)
-    finals = [_read_final(work / f'{m}_s{s}') for m in models for s in seeds]
-    if any(f is None or 'train_img_per_s' not in f for f in finals):
+    finals = {(m, s): _read_final(work / f'{m}_s{s}') for m in models for s in probed}
+    if any(f is None or 'train_img_per_s' not in f for f in finals.values()):
         logs = ', '.join(str(work / r['log']) for r in runs)
         raise SystemExit(f'the probe failed; see {logs}')
-    slowest = min(f['train_img_per_s'] for f in finals)  # images/s of the slowest run, shared as planned
-    eval_s = max(f['history'][-1].get('eval_s', 0.0) for f in finals)
-    waves = -(-len(runs) // args.parallel)
-    # x1.3: on an H100 with 6 runs side by side (2026-11-26) the epochs took at least 20 % longer than the probe's
-    # steps said (data loading and evaluation interleave worse over a whole epoch than over 60 steps)
-    epoch_s = 1.3 * (60000 / slowest + eval_s / max(args.eval_every, 1))
-    epochs = max(1, int(budget_s / (waves * epoch_s)))
+    img_s = {m: min(f['train_img_per_s'] for (fm, _), f in finals.items() if fm == m) for m in models}
+    eval_s = {m: max(f['history'][-1].get('eval_s', 0.0) for (fm, _), f in finals.items() if fm == m) for m in models}
+    planned = [m for m in models for _ in seeds]  # the order _launch starts the real runs in
+    epochs, plan = plan_epochs(
+        planned, img_s, eval_s, args.parallel, args.eval_every, args.margin, budget_s, args.max_epochs
+    )
     info = {
         'probe_s': round(time.perf_counter() - start, 1),
-        'slowest_img_per_s': round(slowest, 1),
-        'epoch_s_estimate': round(epoch_s, 1),
-        'waves': waves,
-        'epochs': epochs,
+        'img_per_s': {m: round(v, 1) for m, v in img_s.items()},
+        'eval_s': eval_s,
+        'margin': args.margin,
+        **plan,
     }
-    return min(epochs, args.max_epochs), info
+    return epochs, info
 
 
 def summarize(models: Sequence[str], seeds: Sequence[int], work: Path) -> dict[str, Any]:
@@ -203,6 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument('--epochs', type=int, default=0, help='fixed epoch count (or --budget-s)')
     p.add_argument('--budget-s', type=float, default=0, help='size the epochs to this many seconds of training')
     p.add_argument('--max-epochs', type=int, default=60)
+    p.add_argument(
+        '--margin',
+        type=float,
+        default=1.3,
+        help="factor on the probe's time estimate (on an H100 with 6 runs side by side, 2026-11-26, whole epochs "
+        "took at least 20 %% longer than the probe's steps said: data loading and evaluation interleave worse)",
+    )
     p.add_argument('--parallel', type=int, default=1, help='runs side by side')
     p.add_argument('--threads', type=int, default=2, help='CPU threads per run (OMP_NUM_THREADS)')
     p.add_argument('--eval-every', type=int, default=5)

@@ -184,3 +184,21 @@ def test_pretrain_comparison_writes_the_table(fmnist, tmp_path):
     assert report['difference'] is not None and report['returncodes'] == [0, 0, 0, 0]
     md = (results / 'pretrain_fmnist.md').read_text()
     assert '| bh_resnet50 | 2 |' in md and 'bh-models train --model resnet18' in md
+
+
+def test_the_probe_plan_sums_waves_of_their_slowest_run():
+    from benchmarks.pretrain_fmnist import plan_epochs
+
+    img_s = {'bh': 100.0, 'std': 200.0}  # an epoch of 1000 images: 10 s and 5 s
+    eval_s = {'bh': 2.0, 'std': 1.0}
+    planned = ['bh', 'bh', 'std', 'std']
+    # one after another, 3 epochs with an evaluation every 2: (30 + 2 * 2) * 2 + (15 + 2 * 1) * 2 = 102 s
+    epochs, plan = plan_epochs(planned, img_s, eval_s, 1, 2, 1.0, 102, 60, train_images=1000)
+    assert (epochs, plan['plan_s'], plan['waves']) == (3, 102.0, 4)
+    # two side by side, waves (bh, bh) and (std, std): 34 + 17 = 51 s for 3 epochs, 4 epochs need (40 + 4) + (20 + 2)
+    epochs, plan = plan_epochs(planned, img_s, eval_s, 2, 2, 1.0, 65.9, 60, train_images=1000)
+    assert (epochs, plan['plan_s'], plan['waves']) == (3, 51.0, 2)
+    assert plan_epochs(planned, img_s, eval_s, 2, 2, 1.0, 66, 60, train_images=1000)[0] == 4
+    assert plan_epochs(planned, img_s, eval_s, 2, 2, 1.3, 66, 60, train_images=1000)[0] == 2  # the margin
+    assert plan_epochs(planned, img_s, eval_s, 1, 2, 1.0, 1e9, 7, train_images=1000)[0] == 7  # capped
+    assert plan_epochs(planned, img_s, eval_s, 1, 2, 1.0, 1, 60, train_images=1000)[0] == 1  # at least one
