@@ -60,3 +60,10 @@ def test_speed_targets_in_readme_are_the_committed_results(device):
     table = md.split('## Targets (reported, not asserted)', 1)[1].split('\n\n')[1]
     assert table.startswith('| target |')
     assert table in README, f'README speed targets differ from benchmarks/results/speed_{device}.md: paste the new ones'
+
+
+def test_pretrain_comparison_in_readme_is_the_committed_result():
+    """The README's Table 5 comparison is the summary table of benchmarks/results/pretrain_fmnist.md."""
+    md = (RESULTS / 'pretrain_fmnist.md').read_text()
+    table = '| model | runs |' + md.split('\n| model | runs |', 1)[1].split('\n\n')[0]
+    assert table in README, 'README pre-training comparison differs from benchmarks/results/pretrain_fmnist.md'
