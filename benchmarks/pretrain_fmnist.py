@@ -133,8 +133,8 @@ def probe_epochs(
     if any(f is None or 'train_img_per_s' not in f for f in finals.values()):
         logs = ', '.join(str(work / r['log']) for r in runs)
         raise SystemExit(f'the probe failed; see {logs}')
-    img_s = {m: min(f['train_img_per_s'] for (fm, _), f in finals.items() if fm == m) for m in models}
-    eval_s = {m: max(f['history'][-1].get('eval_s', 0.0) for (fm, _), f in finals.items() if fm == m) for m in models}
+    img_s = {m: min(finals[m, s]['train_img_per_s'] for s in probed) for m in models}
+    eval_s = {m: max(finals[m, s]['history'][-1].get('eval_s', 0.0) for s in probed) for m in models}
     planned = [m for m in models for _ in seeds]  # the order _launch starts the real runs in
     epochs, plan = plan_epochs(
         planned, img_s, eval_s, args.parallel, args.eval_every, args.margin, budget_s, args.max_epochs

@@ -15,6 +15,16 @@ README = (REPO / 'README.md').read_text()
 RESULTS = REPO / 'benchmarks' / 'results'
 
 
+def _committed_table(name: str, header: str, after: str = '') -> str:
+    """The one table of ``benchmarks/results/<name>`` that starts with ``header`` (in the part after ``after``)."""
+    md = (RESULTS / name).read_text()
+    if after:
+        md = md.split(after, 1)[1]
+    tables = [block for block in md.split('\n\n') if block.startswith(header)]
+    assert len(tables) == 1, f'{name}: {len(tables)} tables start with {header!r}'
+    return tables[0]
+
+
 def _quick_start_commands() -> list[str]:
     section = README.split('## Quick start', 1)[1].split('\n## ', 1)[0]
     block = section.split('```', 2)[1]
@@ -37,9 +47,7 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_benchmark_table_in_readme_is_the_committed_result():
-    md = (RESULTS / 'table4.md').read_text()
-    table = md.split('## Against the paper', 1)[1].split('\n\n')[1]
-    assert table.startswith('| label |')
+    table = _committed_table('table4.md', '| label |', after='## Against the paper')
     assert table in README, 'README benchmark table differs from benchmarks/results/table4.md: paste the new one'
 
 
@@ -56,14 +64,11 @@ def test_models_table_numbers_are_the_benchmark_numbers():
 @pytest.mark.parametrize('device', ['cpu', 'cuda'])
 def test_speed_targets_in_readme_are_the_committed_results(device):
     """The README's speed targets are the tables of benchmarks/results/speed_<device>.md."""
-    md = (RESULTS / f'speed_{device}.md').read_text()
-    table = md.split('## Targets (reported, not asserted)', 1)[1].split('\n\n')[1]
-    assert table.startswith('| target |')
+    table = _committed_table(f'speed_{device}.md', '| target |', after='## Targets (reported, not asserted)')
     assert table in README, f'README speed targets differ from benchmarks/results/speed_{device}.md: paste the new ones'
 
 
 def test_pretrain_comparison_in_readme_is_the_committed_result():
     """The README's Table 5 comparison is the summary table of benchmarks/results/pretrain_fmnist.md."""
-    md = (RESULTS / 'pretrain_fmnist.md').read_text()
-    table = '| model | runs |' + md.split('\n| model | runs |', 1)[1].split('\n\n')[0]
+    table = _committed_table('pretrain_fmnist.md', '| model | runs |')
     assert table in README, 'README pre-training comparison differs from benchmarks/results/pretrain_fmnist.md'
